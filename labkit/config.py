@@ -1,0 +1,135 @@
+"""Profiles: one code path, three sizes.
+
+Every notebook reads its sizes from :func:`get_profile`:
+
+* ``smoke`` -- CI: each notebook runs in under 60 s on 2 CPU cores. Numbers are not meaningful.
+* ``cpu``   -- a reader's laptop and the default book build: a notebook in a few minutes.
+* ``gpu``   -- chosen when CUDA is present: sizes where efficiency effects are large.
+
+The profile is chosen by the ``LABKIT_PROFILE`` environment variable, else by the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Profile", "PROFILES", "PROFILE_ENV", "get_profile"]
+
+PROFILE_ENV = "LABKIT_PROFILE"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes for one run of the book. Fields are shared by every chapter; ``extra`` holds chapter-specific ones."""
+
+    name: str
+    # the model that runs through the book
+    d_model: int
+    n_heads: int
+    n_layers: int
+    d_ff: int
+    seq_len: int
+    batch_size: int
+    # data
+    vocab_size: int  # BPE vocabulary trained on the docstring corpus
+    max_docs: int  # documents taken from the corpus (None-like 0 means all)
+    # training
+    train_steps: int
+    eval_every: int
+    eval_batches: int
+    lr: float
+    # measurement
+    bench_warmup: int
+    bench_repeats: int
+    bench_seq_lens: tuple[int, ...]
+    # chapter-specific sizes, looked up with ``profile.get(key, default)``
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A chapter-specific size from ``extra`` (or a field of the same name)."""
+        if key in self.extra:
+            return self.extra[key]
+        if key in {f.name for f in dataclasses.fields(self)}:
+            return getattr(self, key)
+        return default
+
+    def replace(self, **changes: Any) -> "Profile":
+        """A copy with some fields changed (a notebook may shrink or grow one experiment)."""
+        return dataclasses.replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        d_model=32,
+        n_heads=2,
+        n_layers=1,
+        d_ff=64,
+        seq_len=32,
+        batch_size=8,
+        vocab_size=300,
+        max_docs=300,
+        train_steps=20,
+        eval_every=10,
+        eval_batches=2,
+        lr=3e-3,
+        bench_warmup=1,
+        bench_repeats=3,
+        bench_seq_lens=(16, 32, 64),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        d_model=128,
+        n_heads=4,
+        n_layers=2,
+        d_ff=512,
+        seq_len=128,
+        batch_size=16,
+        vocab_size=1024,
+        max_docs=4000,
+        train_steps=400,
+        eval_every=50,
+        eval_batches=8,
+        lr=1e-3,
+        bench_warmup=2,
+        bench_repeats=7,
+        bench_seq_lens=(64, 128, 256, 512, 1024),
+    ),
+    "gpu": Profile(
+        name="gpu",
+        d_model=384,
+        n_heads=6,
+        n_layers=6,
+        d_ff=1536,
+        seq_len=256,
+        batch_size=64,
+        vocab_size=4096,
+        max_docs=0,
+        train_steps=3000,
+        eval_every=250,
+        eval_batches=20,
+        lr=6e-4,
+        bench_warmup=5,
+        bench_repeats=20,
+        bench_seq_lens=(256, 512, 1024, 2048, 4096, 8192),
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile called ``name``; else ``$LABKIT_PROFILE``; else ``gpu`` when CUDA is present, otherwise ``cpu``."""
+    if name is None:
+        name = os.environ.get(PROFILE_ENV, "").strip() or None
+    if name is None:
+        import torch
+
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    if not isinstance(name, str):
+        raise TypeError(f"profile name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: expected one of {sorted(PROFILES)} (set {PROFILE_ENV})")
+    return PROFILES[key]
