@@ -15,9 +15,11 @@ BOOK_FLAGS ?= -W --keep-going
 # Use the active virtual environment (or conda environment) when there is one; otherwise .venv.
 ifneq ($(strip $(VIRTUAL_ENV)$(CONDA_PREFIX)),)
   PY := python
+  BIN :=
   ENV_STAMP := .labkit-env-active
 else
   PY := $(VENV)/bin/python
+  BIN := $(VENV)/bin/
   ENV_STAMP := $(VENV)/bin/python
 endif
 
@@ -51,7 +53,7 @@ book: install-book
 	    rm -rf _build/.jupyter_cache _build/jupyter_execute; \
 	  fi; \
 	  mkdir -p _build && echo "$$key" > _build/.labkit-cache-key
-	LABKIT_PROFILE=$(PROFILE) $(PY) -m jupyter_book build . $(BOOK_FLAGS)
+	LABKIT_PROFILE=$(PROFILE) $(BIN)jupyter-book build . $(BOOK_FLAGS)
 	@echo "The book is in _build/html/index.html"
 
 test: install-dev
