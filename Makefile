@@ -63,7 +63,7 @@ lab: install-book
 	$(PY) -m jupyter lab notebooks/
 
 bench: install-dev
-	LABKIT_PROFILE=$(PROFILE) $(PY) -m labkit.bench --json auto
+	$(PY) -m labkit.bench --profile $(PROFILE)
 
 clean:
 	rm -rf _build $(VENV) student instructor .pytest_cache *.egg-info

@@ -44,6 +44,7 @@ from labkit.layers import (
 )
 
 __all__ = [
+    "init_weights",
     "TransformerConfig",
     "EncoderLayer",
     "DecoderLayer",
@@ -401,7 +402,7 @@ class InputEmbedding(nn.Module):
         return self.dropout(self.positions(self.tokens(idx)))
 
 
-def _init_weights(model: nn.Module, n_layers: int) -> None:
+def init_weights(model: nn.Module, n_layers: int) -> None:
     """GPT-2 style: Linear weights N(0, 0.02^2), zero biases; residual output projections scaled by 1/sqrt(2L)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -436,7 +437,7 @@ class GPT(nn.Module):
         self.embed = InputEmbedding(config)
         self.blocks = Encoder(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        _init_weights(self, config.n_layers)
+        init_weights(self, config.n_layers)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.tokens.weight
 
@@ -477,7 +478,7 @@ class EncoderClassifier(nn.Module):
         self.embed = InputEmbedding(config)
         self.encoder = Encoder(config)
         self.head = nn.Linear(config.d_model, config.n_classes)
-        _init_weights(self, config.n_layers)
+        init_weights(self, config.n_layers)
 
     def forward(self, idx: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         hidden = self.embed(idx)
@@ -503,7 +504,7 @@ class EncoderDecoder(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        _init_weights(self, config.n_layers)
+        init_weights(self, config.n_layers)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.tokens.weight
 
