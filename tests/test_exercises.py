@@ -69,7 +69,7 @@ def layer_norm_unbiased(x, weight, bias, eps):
 
 
 def gpt_count_reference(*args):
-    return exercises.EXERCISES["transformer.gpt_parameter_count"].reference(*args)
+    return exercises.get_exercise("transformer.gpt_parameter_count").reference(*args)
 
 
 def gpt_count_without_final_norm(vocab_size, d_model, n_layers, d_ff, max_len):
@@ -81,9 +81,9 @@ def gpt_count_without_final_norm(vocab_size, d_model, n_layers, d_ff, max_len):
 
 @pytest.mark.parametrize("name", CHAPTER_1)
 def test_reference_passes_its_own_check(name, capsys):
-    result = check(name, exercises.EXERCISES[name].reference)
+    result = check(name, exercises.get_exercise(name).reference)
     assert isinstance(result, ExerciseResult) and result.max_abs_error == 0.0
-    assert result.n_cases > exercises.EXERCISES[name].n_cases  # edge cases come on top of the random ones
+    assert result.n_cases > exercises.get_exercise(name).n_cases  # edge cases come on top of the random ones
     assert f"✓ {name}: all {result.n_cases} cases passed" in capsys.readouterr().out
 
 
@@ -156,7 +156,7 @@ def test_wrong_shape_and_dtype_and_type():
 
 
 def test_cases_are_deterministic_and_cover_edges():
-    exercise = exercises.EXERCISES["transformer.attention"]
+    exercise = exercises.get_exercise("transformer.attention")
     first = exercise.make_cases(torch.Generator().manual_seed(0), 4)
     second = exercise.make_cases(torch.Generator().manual_seed(0), 4)
     assert [c.label for c in first] == [c.label for c in second]
@@ -164,7 +164,7 @@ def test_cases_are_deterministic_and_cover_edges():
         assert all(torch.equal(x, y) if torch.is_tensor(x) else x == y for x, y in zip(a.args, b.args))
     assert any(c.args[0].shape[-2] == 1 for c in first)  # length 1
     assert any(c.args[3] for c in first) and any(not c.args[3] for c in first)  # causal and not
-    sinusoidal = exercises.EXERCISES["transformer.sinusoidal_encoding"].make_cases(torch.Generator(), 0)
+    sinusoidal = exercises.get_exercise("transformer.sinusoidal_encoding").make_cases(torch.Generator(), 0)
     assert any(d % 2 == 1 for _, d in (c.args for c in sinusoidal))  # odd d_model
     assert any(n == 1 for n, _ in (c.args for c in sinusoidal))
 
