@@ -79,6 +79,11 @@ PROFILES: dict[str, Profile] = {
         bench_warmup=1,
         bench_repeats=3,
         bench_seq_lens=(16, 32, 64),
+        extra={
+            # chapter 2, the cost of attention
+            # chapter 3, where training time and memory go
+            # chapter 4, optimizers
+        },
     ),
     "cpu": Profile(
         name="cpu",
@@ -97,6 +102,11 @@ PROFILES: dict[str, Profile] = {
         bench_warmup=2,
         bench_repeats=7,
         bench_seq_lens=(64, 128, 256, 512, 1024),
+        extra={
+            # chapter 2, the cost of attention
+            # chapter 3, where training time and memory go
+            # chapter 4, optimizers
+        },
     ),
     "gpu": Profile(
         name="gpu",
@@ -115,6 +125,11 @@ PROFILES: dict[str, Profile] = {
         bench_warmup=5,
         bench_repeats=20,
         bench_seq_lens=(256, 512, 1024, 2048, 4096, 8192),
+        extra={
+            # chapter 2, the cost of attention
+            # chapter 3, where training time and memory go
+            # chapter 4, optimizers
+        },
     ),
 }
 
