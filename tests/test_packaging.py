@@ -61,7 +61,7 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_requirement_parser_sees_a_difference():
-    a = dict([_split("torch>=2.1"), _split("numpy>=1.24")])
+    a = dict([_split("torch>=2.4"), _split("numpy>=1.24")])
     b = dict([_split("torch>=2.2"), _split("numpy>=1.24")])
     assert a != b
 
