@@ -17,7 +17,7 @@ except ImportError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 # conda-forge names that differ from the PyPI names
 CONDA_TO_PYPI = {"pytorch": "torch"}
-# pyproject extras that environment.yml does not carry: triton comes with the CUDA build of torch
+# pyproject extras that environment.yml does not carry (gpu: triton for a CUDA machine, already in dev)
 EXTRAS_NOT_IN_ENV = {"gpu"}
 
 
