@@ -81,8 +81,18 @@ PROFILES: dict[str, Profile] = {
         bench_seq_lens=(16, 32, 64),
         extra={
             # chapter 2, the cost of attention
+            "ch2_seq_lens": (64, 128, 256), "ch2_repeats": 1, "ch2_backward_seq_len": 128,
+            "ch2_task_seq_len": 16, "ch2_distances": (2, 6, 12), "ch2_window": 4, "ch2_task_d_model": 16,
+            "ch2_task_samples": 128, "ch2_task_batch": 16, "ch2_task_steps": 8, "ch2_mixed_steps": 8,
+            "ch2_task_lr": 5e-3, "ch2_bench_window": 16,
             # chapter 3, where training time and memory go
+            "ch3_widths": (16, 32, 64), "ch3_seq_lens": (16, 32, 64), "ch3_sweep_batch": 2,
+            "ch3_micro_batches": (1, 2, 4), "ch3_checkpoint_layers": 2, "ch3_checkpoint_batch": 8, "ch3_repeats": 1,
             # chapter 4, optimizers
+            "ch4_d_model": 32, "ch4_n_layers": 1, "ch4_seq_len": 32, "ch4_batch_size": 8, "ch4_steps": 16,
+            "ch4_eval_every": 8, "ch4_seeds": 1, "ch4_sgd_lrs": (1.0,), "ch4_adam_lrs": (3e-3,), "ch4_cls_classes": 4,
+            "ch4_cls_seq_len": 32, "ch4_cls_batch_size": 8, "ch4_cls_steps": 12, "ch4_cls_sgd_lr": 0.3,
+            "ch4_cls_adam_lr": 1e-3, "ch4_check_steps": 20,
         },
     ),
     "cpu": Profile(
@@ -104,8 +114,18 @@ PROFILES: dict[str, Profile] = {
         bench_seq_lens=(64, 128, 256, 512, 1024),
         extra={
             # chapter 2, the cost of attention
+            "ch2_seq_lens": (256, 512, 1024, 2048, 4096), "ch2_repeats": 3, "ch2_backward_seq_len": 2048,
+            "ch2_task_seq_len": 32, "ch2_distances": (2, 6, 12, 24), "ch2_window": 8, "ch2_task_d_model": 32,
+            "ch2_task_samples": 1024, "ch2_task_batch": 32, "ch2_task_steps": 120, "ch2_mixed_steps": 240,
+            "ch2_task_lr": 5e-3, "ch2_bench_window": 64,
             # chapter 3, where training time and memory go
+            "ch3_widths": (32, 64, 128, 256), "ch3_seq_lens": (32, 64, 128, 256), "ch3_sweep_batch": 4,
+            "ch3_micro_batches": (1, 2, 4, 8), "ch3_checkpoint_layers": 4, "ch3_checkpoint_batch": 8, "ch3_repeats": 3,
             # chapter 4, optimizers
+            "ch4_d_model": 64, "ch4_n_layers": 1, "ch4_seq_len": 64, "ch4_batch_size": 16, "ch4_steps": 120,
+            "ch4_eval_every": 20, "ch4_seeds": 2, "ch4_sgd_lrs": (0.25, 0.5, 1.0), "ch4_adam_lrs": (3e-3, 6e-3, 1.2e-2),
+            "ch4_cls_classes": 8, "ch4_cls_seq_len": 32, "ch4_cls_batch_size": 16, "ch4_cls_steps": 200,
+            "ch4_cls_sgd_lr": 0.3, "ch4_cls_adam_lr": 3e-3, "ch4_check_steps": 100,
         },
     ),
     "gpu": Profile(
@@ -127,8 +147,19 @@ PROFILES: dict[str, Profile] = {
         bench_seq_lens=(256, 512, 1024, 2048, 4096, 8192),
         extra={
             # chapter 2, the cost of attention
+            "ch2_seq_lens": (512, 1024, 2048, 4096, 8192, 16384), "ch2_repeats": 10, "ch2_backward_seq_len": 8192,
+            "ch2_task_seq_len": 128, "ch2_distances": (4, 16, 48, 120), "ch2_window": 16, "ch2_task_d_model": 64,
+            "ch2_task_samples": 4096, "ch2_task_batch": 64, "ch2_task_steps": 600, "ch2_mixed_steps": 1200,
+            "ch2_task_lr": 3e-3, "ch2_bench_window": 256,
             # chapter 3, where training time and memory go
+            "ch3_widths": (192, 384, 768, 1536), "ch3_seq_lens": (256, 512, 1024, 2048), "ch3_sweep_batch": 8,
+            "ch3_micro_batches": (1, 2, 4, 8, 16), "ch3_checkpoint_layers": 12, "ch3_checkpoint_batch": 64,
+            "ch3_repeats": 10,
             # chapter 4, optimizers
+            "ch4_d_model": 384, "ch4_n_layers": 4, "ch4_seq_len": 128, "ch4_batch_size": 32, "ch4_steps": 1500,
+            "ch4_eval_every": 100, "ch4_seeds": 3, "ch4_sgd_lrs": (0.1, 0.3, 1.0), "ch4_adam_lrs": (1e-3, 3e-3, 1e-2),
+            "ch4_cls_classes": 16, "ch4_cls_seq_len": 64, "ch4_cls_batch_size": 64, "ch4_cls_steps": 600,
+            "ch4_cls_sgd_lr": 0.3, "ch4_cls_adam_lr": 1e-3, "ch4_check_steps": 200,
         },
     ),
 }
