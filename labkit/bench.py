@@ -34,6 +34,10 @@ import torch
 from labkit.config import Profile, get_profile
 from labkit.device import describe_device, device_slug, resolve_device
 
+# The CPU memory measurement starts torch's profiler, whose Kineto backend otherwise prints a log line
+# each time it starts and stops; keep notebook outputs clean unless the reader asked for its logs.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
 __all__ = [
     "Timing",
     "Comparison",
