@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gc
 import importlib
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -42,6 +43,7 @@ __all__ = [
     "Timing",
     "Comparison",
     "time_fn",
+    "cpu_threads",
     "peak_memory",
     "count_flops",
     "compare",
@@ -196,6 +198,23 @@ def _timed_runs(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int, dev
             for i in order:
                 times[i].append(_time_once(fns[i], device))
     return times
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int = 1) -> Iterator[None]:
+    """Run the CPU work inside on ``n`` threads, then restore the previous count.
+
+    Small CPU kernels run faster on one thread, and their timings are far steadier when other processes
+    compete for the cores; measurements quoted in the book say how many threads they used.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def time_fn(fn: Callable[[], Any], *, warmup: int | None = None, repeats: int | None = None,

@@ -305,3 +305,17 @@ def test_transformer_benchmarks_run_at_tiny_size(name):
         assert comparison.labkit_peak_bytes > 0 and comparison.reference_peak_bytes > 0
     if name == "transformer.sdpa":
         assert [c.params["seq_len"] for c in comparisons] == [8, 16]
+
+
+def test_cpu_threads_sets_and_restores():
+    import torch
+
+    from labkit.bench import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="positive int"):
+        with cpu_threads(0):
+            pass
