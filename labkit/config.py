@@ -93,6 +93,10 @@ PROFILES: dict[str, Profile] = {
             "ch4_eval_every": 8, "ch4_seeds": 1, "ch4_sgd_lrs": (1.0,), "ch4_adam_lrs": (3e-3,), "ch4_cls_classes": 4,
             "ch4_cls_seq_len": 32, "ch4_cls_batch_size": 8, "ch4_cls_steps": 12, "ch4_cls_sgd_lr": 0.3,
             "ch4_cls_adam_lr": 1e-3, "ch4_check_steps": 20,
+            # chapter 5, mixed precision
+            "ch5_n_layers": 1, "ch5_batch_size": 4, "ch5_seq_len": 32, "ch5_steps": 12, "ch5_lr": 3e-3,
+            "ch5_loss_shift": 8, "ch5_grad_steps": 4, "ch5_sum_log2_n": 9, "ch5_sum_trials": 4,
+            "ch5_matmul_sizes": (32, 64, 128),
         },
     ),
     "cpu": Profile(
@@ -126,6 +130,10 @@ PROFILES: dict[str, Profile] = {
             "ch4_eval_every": 20, "ch4_seeds": 2, "ch4_sgd_lrs": (0.25, 0.5, 1.0), "ch4_adam_lrs": (3e-3, 6e-3, 1.2e-2),
             "ch4_cls_classes": 8, "ch4_cls_seq_len": 32, "ch4_cls_batch_size": 16, "ch4_cls_steps": 200,
             "ch4_cls_sgd_lr": 0.3, "ch4_cls_adam_lr": 3e-3, "ch4_check_steps": 100,
+            # chapter 5, mixed precision
+            "ch5_n_layers": 1, "ch5_batch_size": 8, "ch5_seq_len": 64, "ch5_steps": 100, "ch5_lr": 3e-3,
+            "ch5_loss_shift": 8, "ch5_grad_steps": 20, "ch5_sum_log2_n": 14, "ch5_sum_trials": 8,
+            "ch5_matmul_sizes": (64, 128, 256, 512, 1024),
         },
     ),
     "gpu": Profile(
@@ -160,6 +168,10 @@ PROFILES: dict[str, Profile] = {
             "ch4_eval_every": 100, "ch4_seeds": 3, "ch4_sgd_lrs": (0.1, 0.3, 1.0), "ch4_adam_lrs": (1e-3, 3e-3, 1e-2),
             "ch4_cls_classes": 16, "ch4_cls_seq_len": 64, "ch4_cls_batch_size": 64, "ch4_cls_steps": 600,
             "ch4_cls_sgd_lr": 0.3, "ch4_cls_adam_lr": 1e-3, "ch4_check_steps": 200,
+            # chapter 5, mixed precision
+            "ch5_n_layers": 4, "ch5_batch_size": 32, "ch5_seq_len": 256, "ch5_steps": 600, "ch5_lr": 1e-3,
+            "ch5_loss_shift": 8, "ch5_grad_steps": 100, "ch5_sum_log2_n": 16, "ch5_sum_trials": 16,
+            "ch5_matmul_sizes": (256, 512, 1024, 2048, 4096, 8192),
         },
     ),
 }
