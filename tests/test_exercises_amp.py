@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labkit import exercises
-from labkit.exercises import ExerciseError, ExerciseResult, check
+from labkit.exercises import ExerciseError, check
 
 CHAPTER = ["amp.decode_fp16", "amp.update_scale", "amp.autocast_dtype", "amp.round_to_e4m3"]
 
@@ -181,11 +181,9 @@ def round_to_e4m3_no_saturation(x):
 
 
 @pytest.mark.parametrize("name", CHAPTER)
-def test_reference_passes_its_own_check(name, capsys):
-    result = check(name, exercises.get_exercise(name).reference)
-    assert isinstance(result, ExerciseResult) and result.max_abs_error == 0.0
-    assert result.n_cases >= 14  # edge cases on top of (or, for the dtype grid, instead of) random ones
-    assert f"✓ {name}: all {result.n_cases} cases passed" in capsys.readouterr().out
+def test_every_format_edge_is_a_case(name):
+    # edge cases on top of (or, for the dtype grid, instead of) random ones
+    assert check(name, exercises.get_exercise(name).reference, verbose=False).n_cases >= 14
 
 
 @pytest.mark.parametrize("name, learner", [
@@ -214,12 +212,8 @@ def test_independent_right_answers_pass(name, learner):
     ("amp.round_to_e4m3", round_to_e4m3_flush_subnormals, "subnormals"),
     ("amp.round_to_e4m3", round_to_e4m3_no_saturation, "above 448"),
 ])
-def test_wrong_answers_fail_on_the_case_that_shows_the_mistake(name, learner, case_label):
-    with pytest.raises(ExerciseError) as failure:
-        check(name, learner, verbose=False)
-    message = str(failure.value)
-    assert message.startswith(f"✗ {name}: wrong answer on case ")
-    assert f"[{case_label}" in message
+def test_wrong_answers_fail_on_the_case_that_shows_the_mistake(name, learner, case_label, rejection):
+    assert f"[{case_label}" in rejection(name, learner)
 
 
 def test_messages_say_what_differs():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from labkit import exercises
-from labkit.exercises import ExerciseError, check
+from labkit.exercises import check
 from labkit.training_cost import training_flops_per_token, training_memory_breakdown, train_step_with_accumulation
 from labkit.transformer import GPT, TransformerConfig, gpt_parameter_count
 
@@ -93,19 +93,8 @@ def accumulate_sum(micro_gradients, sizes):
 # ---------------------------------------------------------------------------------------------- tests
 
 
-def test_chapter_3_exercises_are_registered():
-    names = [e.name for e in exercises.list_exercises("training_cost.")]
-    assert names == sorted(CHAPTER_3)
-    for name in CHAPTER_3:
-        exercise = exercises.get_exercise(name)
-        assert exercise.title and exercise.goal and exercise.signature
-
-
-@pytest.mark.parametrize("name", CHAPTER_3)
-def test_the_reference_passes_its_own_check(name, capsys):
-    result = check(name, exercises.get_exercise(name).reference)
-    assert result.n_cases >= 8
-    assert f"✓ {name}" in capsys.readouterr().out
+def test_chapter_3_exercises_are_listed():
+    assert [e.name for e in exercises.list_exercises("training_cost.")] == sorted(CHAPTER_3)
 
 
 @pytest.mark.parametrize("name, learner", [
@@ -131,19 +120,8 @@ def test_a_correct_solution_from_scratch_passes(name, learner):
     ("training_cost.accumulate", accumulate_plain_mean, "B = 8 in 3 pieces"),
     ("training_cost.accumulate", accumulate_sum, "four equal micro-batches"),
 ])
-def test_wrong_answers_fail_with_a_useful_message(name, learner, message):
-    with pytest.raises(ExerciseError) as info:
-        check(name, learner, verbose=False)
-    assert message in str(info.value)
-
-
-@pytest.mark.parametrize("name", CHAPTER_3)
-def test_the_unfilled_stub_says_not_implemented(name):
-    def stub(*args):
-        raise NotImplementedError
-
-    with pytest.raises(ExerciseError, match="not implemented yet"):
-        check(name, stub)
+def test_wrong_answers_fail_with_a_useful_message(name, learner, message, rejection):
+    assert message in rejection(name, learner)
 
 
 def test_state_reference_is_the_static_part_of_the_training_memory_breakdown():
