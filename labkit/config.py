@@ -97,6 +97,15 @@ PROFILES: dict[str, Profile] = {
             "ch5_n_layers": 1, "ch5_batch_size": 4, "ch5_seq_len": 32, "ch5_steps": 12, "ch5_lr": 3e-3,
             "ch5_loss_shift": 8, "ch5_grad_steps": 4, "ch5_sum_log2_n": 9, "ch5_sum_trials": 4,
             "ch5_matmul_sizes": (32, 64, 128),
+            # the book's classifier (labkit.zoo.book_classifier)
+            "cls_classes": 4, "cls_seq_len": 32, "cls_steps": 30, "cls_batch_size": 16, "cls_lr": 3e-3,
+            # chapter 6, parallel training
+            # chapter 7, quantization
+            # chapter 8, pruning
+            # chapter 9, distillation
+            # chapter 10, choosing a compression
+            # chapter 11, inference optimization
+            # chapter 12, applications and evaluation
         },
     ),
     "cpu": Profile(
@@ -134,6 +143,15 @@ PROFILES: dict[str, Profile] = {
             "ch5_n_layers": 1, "ch5_batch_size": 8, "ch5_seq_len": 64, "ch5_steps": 100, "ch5_lr": 3e-3,
             "ch5_loss_shift": 8, "ch5_grad_steps": 20, "ch5_sum_log2_n": 14, "ch5_sum_trials": 8,
             "ch5_matmul_sizes": (64, 128, 256, 512, 1024),
+            # the book's classifier (labkit.zoo.book_classifier)
+            "cls_classes": 8, "cls_seq_len": 64, "cls_steps": 300, "cls_batch_size": 32, "cls_lr": 2e-3,
+            # chapter 6, parallel training
+            # chapter 7, quantization
+            # chapter 8, pruning
+            # chapter 9, distillation
+            # chapter 10, choosing a compression
+            # chapter 11, inference optimization
+            # chapter 12, applications and evaluation
         },
     ),
     "gpu": Profile(
@@ -172,6 +190,15 @@ PROFILES: dict[str, Profile] = {
             "ch5_n_layers": 4, "ch5_batch_size": 32, "ch5_seq_len": 256, "ch5_steps": 600, "ch5_lr": 1e-3,
             "ch5_loss_shift": 8, "ch5_grad_steps": 100, "ch5_sum_log2_n": 16, "ch5_sum_trials": 16,
             "ch5_matmul_sizes": (256, 512, 1024, 2048, 4096, 8192),
+            # the book's classifier (labkit.zoo.book_classifier)
+            "cls_classes": 16, "cls_seq_len": 128, "cls_steps": 1500, "cls_batch_size": 64, "cls_lr": 1e-3,
+            # chapter 6, parallel training
+            # chapter 7, quantization
+            # chapter 8, pruning
+            # chapter 9, distillation
+            # chapter 10, choosing a compression
+            # chapter 11, inference optimization
+            # chapter 12, applications and evaluation
         },
     ),
 }

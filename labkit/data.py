@@ -831,9 +831,16 @@ def classification_dataset(
     seq_len: int,
     n_classes: int,
     pad_id: int | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    windows: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """Documents of the ``n_classes`` most frequent labels (ties: alphabetical), each encoded, cut to its
     first ``seq_len`` tokens and right-padded with ``pad_id`` (default: ``tokenizer.pad_id``).
+
+    ``labels`` fixes the kept labels instead (``n_classes`` must equal its length), so that two splits
+    share one label set. ``windows=True`` makes every consecutive ``seq_len``-token window of a document an
+    example (a last partial window is kept if it has at least ``seq_len // 4`` tokens) instead of its first.
 
     Returns ``ids`` (N, seq_len) int64, ``padding_mask`` (N, seq_len) bool (True = pad), ``labels`` (N,)
     int64 indexing ``label_names`` (the kept labels, alphabetical). Documents keep their order; a document
@@ -849,7 +856,7 @@ def classification_dataset(
     seq_len = _check_int("seq_len", seq_len, minimum=1)
     counts = Counter(doc.label for doc in docs)
     n_classes = _check_int("n_classes", n_classes, minimum=2)
-    if n_classes > len(counts):
+    if labels is None and n_classes > len(counts):
         raise ValueError(f"n_classes must be <= the number of labels in docs ({len(counts)}), got {n_classes}")
     if pad_id is None:
         pad_id = tokenizer.pad_id
@@ -857,18 +864,26 @@ def classification_dataset(
             raise ValueError("pad_id is None and the tokenizer has no '<pad>' special token: pass pad_id")
     pad_id = _check_int("pad_id", pad_id, minimum=0)
 
-    kept = sorted(label for label, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n_classes])
+    if labels is None:
+        kept = sorted(label for label, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n_classes])
+    else:
+        kept = sorted(set(labels))
+        if len(kept) != n_classes:
+            raise ValueError(f"labels must hold n_classes = {n_classes} distinct labels, got {len(kept)}")
     class_of = {label: i for i, label in enumerate(kept)}
-    rows, lengths, labels = [], [], []
+    rows, lengths, targets = [], [], []
     for doc in docs:
         if doc.label not in class_of:
             continue
-        ids = tokenizer.encode(doc.text)[:seq_len]
-        if not ids:
-            continue
-        lengths.append(len(ids))
-        rows.append(ids + [pad_id] * (seq_len - len(ids)))
-        labels.append(class_of[doc.label])
+        tokens = tokenizer.encode(doc.text)
+        starts = range(0, len(tokens), seq_len) if windows else range(min(1, len(tokens)))
+        for start in starts:
+            ids = tokens[start:start + seq_len]
+            if start > 0 and len(ids) < max(1, seq_len // 4):
+                continue
+            lengths.append(len(ids))
+            rows.append(ids + [pad_id] * (seq_len - len(ids)))
+            targets.append(class_of[doc.label])
     ids_tensor = torch.tensor(rows, dtype=torch.long).reshape(len(rows), seq_len)
     padding_mask = torch.arange(seq_len)[None, :] >= torch.tensor(lengths, dtype=torch.long)[:, None]
-    return ids_tensor, padding_mask.reshape(len(rows), seq_len), torch.tensor(labels, dtype=torch.long), kept
+    return ids_tensor, padding_mask.reshape(len(rows), seq_len), torch.tensor(targets, dtype=torch.long), kept

@@ -564,6 +564,21 @@ def test_classification_dataset_padding_and_labels():
     assert (explicit[0][explicit[1]] == 0).all() and torch.equal(explicit[1], mask)
 
 
+def test_classification_dataset_windows_and_fixed_labels():
+    docs = [Document("abcdefghij", "a"), Document("xyz", "b"), Document("klmnopqrstu", "a")]
+    tok = ByteTokenizer(special_tokens=("<pad>",))
+    ids, mask, labels, names = classification_dataset(docs, tok, seq_len=4, n_classes=2, windows=True)
+    # "abcdefghij" -> 4 + 4 + 2 tokens, "xyz" -> 3, "klmnopqrstu" -> 4 + 4 + 3; partial windows of >= 1 token kept
+    assert labels.tolist() == [0, 0, 0, 1, 0, 0, 0]
+    assert tok.decode(ids[2][~mask[2]].tolist()) == "ij" and tok.decode(ids[6][~mask[6]].tolist()) == "stu"
+    long_windows = classification_dataset(docs, tok, seq_len=9, n_classes=2, windows=True)
+    assert long_windows[2].tolist() == [0, 1, 0, 0], "a last window of 1 < 9 // 4 tokens is dropped, one of 2 kept"
+    only_a = classification_dataset(docs[:1], tok, seq_len=4, n_classes=2, labels=["b", "a"], windows=True)
+    assert only_a[3] == ["a", "b"] and only_a[2].tolist() == [0, 0, 0], "a fixed label set, even if absent"
+    with pytest.raises(ValueError, match="labels must hold"):
+        classification_dataset(docs, tok, seq_len=4, n_classes=3, labels=["a", "b"])
+
+
 def test_classification_dataset_on_corpus(corpus):
     tok = get_tokenizer("byte")
     ids, mask, labels, names = classification_dataset(corpus, tok, seq_len=64, n_classes=4)

@@ -70,3 +70,28 @@ def test_book_gpt_is_the_chapter_one_model(smoke):
     assert history.final_val_loss is not None
     logits = model(lm.val_tokens[: smoke.seq_len][None])
     assert logits.shape == (1, smoke.seq_len, lm.tokenizer.vocab_size)
+
+
+def test_classifier_data_splits_documents_and_shares_labels(smoke):
+    task = zoo.classifier_data(smoke.replace(max_docs=300))
+    assert task.n_classes == smoke.get("cls_classes") == len(task.label_names)
+    seq_len = smoke.get("cls_seq_len")
+    assert task.train_ids.shape[1] == task.val_ids.shape[1] == seq_len
+    assert task.train_padding.shape == task.train_ids.shape and task.train_padding.dtype == torch.bool
+    assert int(task.train_labels.max()) < task.n_classes and int(task.val_labels.max()) < task.n_classes
+    train_rows = {tuple(row.tolist()) for row in task.train_ids}
+    assert not train_rows & {tuple(row.tolist()) for row in task.val_ids}, "no window on both sides"
+    majority = torch.bincount(task.train_labels, minlength=task.n_classes).argmax()
+    assert task.majority_accuracy == pytest.approx(float((task.val_labels == majority).float().mean()))
+
+
+def test_book_classifier_trains_then_loads(smoke):
+    profile = smoke.replace(max_docs=300)
+    model, history, task = zoo.book_classifier(profile, progress=False)
+    assert not model.training and history.val_accuracy, "validation accuracy is recorded"
+    assert model(task.val_ids[:3], padding_mask=task.val_padding[:3]).shape == (3, task.n_classes)
+    again, history_again, _ = zoo.book_classifier(profile, progress=False)
+    assert history_again.loss == history.loss
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(TypeError, match="unknown training setting"):
+        zoo.classifier_settings(profile, step=3)
