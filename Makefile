@@ -2,6 +2,7 @@
 #
 #   make book [PROFILE=cpu|smoke|gpu]   build the executed book into _build/html
 #   make test                           unit tests + every notebook (smoke profile) through nbmake
+#   make check-book [PROFILE=smoke]     build the book, then check the site in headless Chromium
 #   make lab                            JupyterLab in notebooks/
 #   make clean                          remove the build, caches and the virtual environment
 
@@ -23,7 +24,7 @@ else
   ENV_STAMP := $(VENV)/bin/python
 endif
 
-.PHONY: book test lab clean install-book install-dev bench help torch
+.PHONY: book test check-book lab clean install-book install-dev bench help torch
 
 help:
 	@sed -n '1,8p' Makefile
@@ -50,7 +51,7 @@ book: install-book
 	@key="$(PROFILE)-$$(cat pyproject.toml $$(find labkit -name '*.py' | LC_ALL=C sort) | $(PY) -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"; \
 	  if [ "$$(cat _build/.labkit-cache-key 2>/dev/null)" != "$$key" ]; then \
 	    echo "labkit or profile changed ($$key): clearing the execution cache"; \
-	    rm -rf _build/.jupyter_cache _build/jupyter_execute; \
+	    rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees; \
 	  fi; \
 	  mkdir -p _build && echo "$$key" > _build/.labkit-cache-key
 	LABKIT_PROFILE=$(PROFILE) $(BIN)jupyter-book build . $(BOOK_FLAGS)
@@ -58,6 +59,12 @@ book: install-book
 
 test: install-dev
 	LABKIT_PROFILE=smoke $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=300 -p no:cacheprovider
+
+# The built site opened in headless Chromium (Playwright): every chapter page, math, figures, tracebacks,
+# internal links, hidden solutions, launch buttons. Uses /usr/bin/chromium or $$LABKIT_CHROMIUM when present,
+# else Playwright's own browser (`python -m playwright install chromium`).
+check-book: book install-dev
+	LABKIT_BOOK_HTML=_build/html $(PY) -m pytest tests/test_book_site.py -p no:cacheprovider -q
 
 lab: install-book
 	$(PY) -m jupyter lab notebooks/
