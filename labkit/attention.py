@@ -27,6 +27,7 @@ __all__ = [
     "scaled_dot_product_attention",
     "attention_weights",
     "MultiHeadAttention",
+    "KVCache",
 ]
 
 
@@ -201,6 +202,71 @@ def _additive_mask(mask: Tensor, name: str, dtype: torch.dtype) -> Tensor:
     raise TypeError(f"{name} must be bool (True = ignore) or floating (added), got dtype {mask.dtype}")
 
 
+class KVCache:
+    """The keys and values of every layer's self-attention, kept between generation steps (a KV cache).
+
+    During autoregressive decoding the keys and values of earlier tokens do not change (causal attention: a
+    token never looks ahead), so each step only needs to project the new token and append its ``k`` and ``v``.
+    Buffers of shape ``(n_layers, B, H, max_len, head_dim)`` are allocated once; ``update`` writes the new
+    entries after the ones already stored and returns everything stored so far. Memory:
+    ``2 * n_layers * H * head_dim * tokens * B * bytes_per_value`` (keys and values).
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, n_heads: int, head_dim: int, max_len: int, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_heads", n_heads),
+                            ("head_dim", head_dim), ("max_len", max_len)):
+            _positive_int(name, value)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        shape = (n_layers, batch_size, n_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = int(max_len)
+        self.lengths = [0] * int(n_layers)
+
+    @property
+    def length(self) -> int:
+        """Tokens stored (the same in every layer after a complete forward pass)."""
+        return self.lengths[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated for keys and values (all ``max_len`` slots)."""
+        return self.keys.numel() * self.keys.element_size() * 2
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes holding stored tokens: ``2 * n_layers * B * H * length * head_dim * bytes_per_value``."""
+        n_layers, batch, heads, _, head_dim = self.keys.shape
+        return 2 * n_layers * batch * heads * self.length * head_dim * self.keys.element_size()
+
+    def update(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Append ``key`` and ``value`` (B, H, T_new, head_dim) to layer ``layer``; return all stored ones,
+        (B, H, S, head_dim)."""
+        if not isinstance(layer, numbers.Integral) or not 0 <= layer < len(self.lengths):
+            raise ValueError(f"layer must be an int in [0, {len(self.lengths)}), got {layer!r}")
+        expected = self.keys.shape[1:3] + self.keys.shape[4:]
+        for name, t in (("key", key), ("value", value)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 4 or (t.size(0), t.size(1), t.size(3)) != tuple(expected):
+                raise ValueError(f"{name} must have shape (B, H, T, head_dim) = ({expected[0]}, {expected[1]}, T, "
+                                 f"{expected[2]}), got {_shape(t)}")
+        start = self.lengths[layer]
+        end = start + key.size(2)
+        if end > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} tokens; {start} stored + {key.size(2)} new exceed it")
+        self.keys[layer, :, :, start:end] = key
+        self.values[layer, :, :, start:end] = value
+        self.lengths[layer] = end
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def reset(self) -> None:
+        """Forget every stored token (the buffers are kept)."""
+        self.lengths = [0] * len(self.lengths)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with the interface of ``nn.MultiheadAttention`` (Vaswani et al. 2017, §3.2.2).
 
@@ -363,6 +429,31 @@ class MultiHeadAttention(nn.Module):
         if not batched:
             weights = weights.squeeze(0)
         return output, weights
+
+    def cached_self_attention(
+        self,
+        x: Tensor,
+        kv_cache: KVCache,
+        layer: int,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Self-attention of the new tokens ``x`` (B, T, E) over the cached ones and themselves: project ``x`` to
+        q, k, v, append k and v to ``kv_cache`` at ``layer``, attend q to all S stored keys. Masks as in
+        :meth:`forward` (True = not allowed), ``attn_mask`` (T, S) and ``key_padding_mask`` (B, S), where S counts
+        the cached and new tokens. Batch-first only; no attention weights are returned."""
+        if not isinstance(kv_cache, KVCache):
+            raise TypeError(f"kv_cache must be a labkit.attention.KVCache, got {type(kv_cache).__name__}")
+        _check_float_tensor("x", x)
+        if x.dim() != 3 or x.size(-1) != self.embed_dim:
+            raise ValueError(f"x must have shape (B, T, {self.embed_dim}), got {_shape(x)}")
+        batch, n_queries, _ = x.shape
+        q = self._split_heads(self.q_proj(x))
+        k, v = kv_cache.update(layer, self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x)))
+        mask = self._merged_mask(attn_mask, key_padding_mask, False, batch, n_queries, k.size(2), q.dtype, q.device)
+        dropout_p = self.dropout if self.training else 0.0
+        heads, _ = _attention(q, k, v, mask, dropout_p, False, None)  # (B, H, T, Dh)
+        return self.out_proj(heads.transpose(1, 2).reshape(batch, n_queries, self.embed_dim))
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention) -> "MultiHeadAttention":

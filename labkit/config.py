@@ -100,12 +100,33 @@ PROFILES: dict[str, Profile] = {
             # the book's classifier (labkit.zoo.book_classifier)
             "cls_classes": 4, "cls_seq_len": 32, "cls_steps": 30, "cls_batch_size": 16, "cls_lr": 3e-3,
             # chapter 6, parallel training
+            "ch6_ranks": 2, "ch6_scaling_ranks": (1, 2), "ch6_batch_size": 4, "ch6_seq_len": 32, "ch6_steps": 5,
+            "ch6_train_steps": 4, "ch6_bench_width": 16, "ch6_bench_depth": 24, "ch6_repeats": 2,
+            "ch6_allreduce_sizes": (2**6, 2**12, 2**16), "ch6_bucket_caps_mb": (0.0, 0.005, 25.0),
+            "ch6_micro_batches": 4,
             # chapter 7, quantization
+            "ch7_bits": (8, 4, 2), "ch7_group_size": 16, "ch7_eval_batches": 1, "ch7_cls_examples": 64,
+            "ch7_calib_batches": 1, "ch7_qat_steps": 4, "ch7_qat_lr": 3e-4, "ch7_bench_sizes": (256, 512), "ch7_bench_batch": 8,
+            "ch7_latency_repeats": 3, "ch7_outlier_factor": 100.0, "ch7_outlier_channels": (3, 11),
             # chapter 8, pruning
+            "ch8_sparsities": (0.5, 0.9), "ch8_fisher_batches": 1, "ch8_fisher_batch_size": 8, "ch8_finetune_steps": 2,
+            "ch8_finetune_lr": 1e-3, "ch8_gradual_stages": 2, "ch8_gradual_targets": (0.9,), "ch8_ffn_amount": 0.3,
+            "ch8_head_amount": 0.5, "ch8_csr_sparsities": (0.99,), "ch8_bench_repeats": 3, "ch8_semi_sizes": (256,),
+            "ch8_share_steps": 10, "ch8_widget_examples": 64,
             # chapter 9, distillation
+            "ch9_student_d_model": 8, "ch9_student_layers": 1, "ch9_student_d_ff": 16, "ch9_student_heads": 2,
+            "ch9_seeds": 1, "ch9_temperature": 4.0, "ch9_alpha": 0.1, "ch9_hidden_weight": 1.0,
+            "ch9_sweep_temperatures": (1.0, 4.0), "ch9_sweep_alphas": (0.5,), "ch9_lm_steps": 10,
             # chapter 10, choosing a compression
             # chapter 11, inference optimization
+            "ch11_bench_prompt": 8, "ch11_bench_new_tokens": 24, "ch11_bench_repeats": 1,
+            "ch11_compile_backend": "eager", "ch11_new_tokens": 12, "ch11_batch_sizes": (1, 4, 16),
+            "ch11_roofline_dim": 256, "ch11_roofline_tokens": (1, 8, 64), "ch11_recompute_lens": (8, 16),
+            "ch11_repeats": 1,
             # chapter 12, applications and evaluation
+            "ch12_mt_train": 300, "ch12_mt_val": 40, "ch12_mt_test": 40, "ch12_mt_d_model": 32, "ch12_mt_heads": 2,
+            "ch12_mt_layers": 1, "ch12_mt_d_ff": 64, "ch12_mt_steps": 40, "ch12_mt_batch_size": 32, "ch12_mt_lr": 5e-3,
+            "ch12_beam_size": 3, "ch12_errors_shown": 3, "ch12_metric_cases": 15,
         },
     ),
     "cpu": Profile(
@@ -146,12 +167,33 @@ PROFILES: dict[str, Profile] = {
             # the book's classifier (labkit.zoo.book_classifier)
             "cls_classes": 8, "cls_seq_len": 64, "cls_steps": 300, "cls_batch_size": 32, "cls_lr": 2e-3,
             # chapter 6, parallel training
+            "ch6_ranks": 2, "ch6_scaling_ranks": (1, 2, 4), "ch6_batch_size": 8, "ch6_seq_len": 64, "ch6_steps": 20,
+            "ch6_train_steps": 12, "ch6_bench_width": 32, "ch6_bench_depth": 64, "ch6_repeats": 5,
+            "ch6_allreduce_sizes": (2**6, 2**8, 2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 2**22),
+            "ch6_bucket_caps_mb": (0.0, 0.002, 0.01, 0.05, 0.25, 25.0), "ch6_micro_batches": 8,
             # chapter 7, quantization
+            "ch7_bits": (8, 6, 4, 3, 2), "ch7_group_size": 32, "ch7_eval_batches": 1, "ch7_cls_examples": 0,
+            "ch7_calib_batches": 1, "ch7_qat_steps": 30, "ch7_qat_lr": 3e-4, "ch7_bench_sizes": (512, 1024, 2048),
+            "ch7_bench_batch": 16, "ch7_latency_repeats": 7, "ch7_outlier_factor": 100.0, "ch7_outlier_channels": (3, 17, 77),
             # chapter 8, pruning
+            "ch8_sparsities": (0.3, 0.5, 0.7, 0.9), "ch8_fisher_batches": 8, "ch8_fisher_batch_size": 16,
+            "ch8_finetune_steps": 40, "ch8_finetune_lr": 5e-4, "ch8_gradual_stages": 4, "ch8_gradual_targets": (0.7,),
+            "ch8_ffn_amount": 0.3, "ch8_head_amount": 0.25, "ch8_csr_sparsities": (0.5, 0.9, 0.99), "ch8_bench_repeats": 21,
+            "ch8_semi_sizes": (1024,), "ch8_share_steps": 150, "ch8_widget_examples": 128,
             # chapter 9, distillation
+            "ch9_student_d_model": 64, "ch9_student_layers": 1, "ch9_student_d_ff": 256, "ch9_student_heads": 4,
+            "ch9_seeds": 3, "ch9_temperature": 1.0, "ch9_alpha": 0.0, "ch9_hidden_weight": 1.0,
+            "ch9_sweep_temperatures": (1.0, 2.0, 4.0, 8.0), "ch9_sweep_alphas": (0.0, 0.5), "ch9_lm_steps": 150,
             # chapter 10, choosing a compression
             # chapter 11, inference optimization
+            "ch11_bench_prompt": 128, "ch11_bench_new_tokens": 256, "ch11_bench_repeats": 3,
+            "ch11_compile_backend": "inductor", "ch11_new_tokens": 64, "ch11_batch_sizes": (1, 2, 4, 8, 16, 32, 64),
+            "ch11_roofline_dim": 2048, "ch11_roofline_tokens": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            "ch11_recompute_lens": (32, 64, 128, 256), "ch11_repeats": 3,
             # chapter 12, applications and evaluation
+            "ch12_mt_train": 4000, "ch12_mt_val": 300, "ch12_mt_test": 300, "ch12_mt_d_model": 64, "ch12_mt_heads": 4,
+            "ch12_mt_layers": 2, "ch12_mt_d_ff": 256, "ch12_mt_steps": 500, "ch12_mt_batch_size": 64, "ch12_mt_lr": 3e-3,
+            "ch12_beam_size": 4, "ch12_errors_shown": 5, "ch12_metric_cases": 60,
         },
     ),
     "gpu": Profile(
@@ -193,12 +235,34 @@ PROFILES: dict[str, Profile] = {
             # the book's classifier (labkit.zoo.book_classifier)
             "cls_classes": 16, "cls_seq_len": 128, "cls_steps": 1500, "cls_batch_size": 64, "cls_lr": 1e-3,
             # chapter 6, parallel training
+            "ch6_ranks": 2, "ch6_scaling_ranks": (1, 2, 4), "ch6_batch_size": 16, "ch6_seq_len": 128, "ch6_steps": 20,
+            "ch6_train_steps": 100, "ch6_bench_width": 32, "ch6_bench_depth": 64, "ch6_repeats": 10,
+            "ch6_allreduce_sizes": (2**6, 2**8, 2**10, 2**12, 2**14, 2**16, 2**18, 2**20, 2**22, 2**24),
+            "ch6_bucket_caps_mb": (0.0, 0.002, 0.01, 0.05, 0.25, 1.0, 25.0), "ch6_micro_batches": 8,
             # chapter 7, quantization
+            "ch7_bits": (8, 6, 4, 3, 2), "ch7_group_size": 128, "ch7_eval_batches": 8, "ch7_cls_examples": 0,
+            "ch7_calib_batches": 4, "ch7_qat_steps": 300, "ch7_qat_lr": 1e-4, "ch7_bench_sizes": (1024, 2048, 4096, 8192),
+            "ch7_bench_batch": 16, "ch7_latency_repeats": 30, "ch7_outlier_factor": 100.0, "ch7_outlier_channels": (3, 17, 77),
             # chapter 8, pruning
+            "ch8_sparsities": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95), "ch8_fisher_batches": 64, "ch8_fisher_batch_size": 32,
+            "ch8_finetune_steps": 300, "ch8_finetune_lr": 3e-4, "ch8_gradual_stages": 8,
+            "ch8_gradual_targets": (0.7, 0.9), "ch8_ffn_amount": 0.3, "ch8_head_amount": 0.34,
+            "ch8_csr_sparsities": (0.5, 0.9, 0.99), "ch8_bench_repeats": 50, "ch8_semi_sizes": (4096, 8192),
+            "ch8_share_steps": 750, "ch8_widget_examples": 512,
             # chapter 9, distillation
+            "ch9_student_d_model": 192, "ch9_student_layers": 2, "ch9_student_d_ff": 768, "ch9_student_heads": 6,
+            "ch9_seeds": 3, "ch9_temperature": 4.0, "ch9_alpha": 0.1, "ch9_hidden_weight": 1.0,
+            "ch9_sweep_temperatures": (1.0, 2.0, 4.0, 8.0), "ch9_sweep_alphas": (0.0, 0.5, 0.9), "ch9_lm_steps": 1500,
             # chapter 10, choosing a compression
             # chapter 11, inference optimization
+            "ch11_bench_prompt": 128, "ch11_bench_new_tokens": 256, "ch11_bench_repeats": 5,
+            "ch11_compile_backend": "inductor", "ch11_new_tokens": 128, "ch11_batch_sizes": (1, 4, 16, 64, 256, 1024),
+            "ch11_roofline_dim": 8192, "ch11_roofline_tokens": (1, 4, 16, 64, 256, 1024, 4096, 16384),
+            "ch11_recompute_lens": (64, 128, 256, 512), "ch11_repeats": 10,
             # chapter 12, applications and evaluation
+            "ch12_mt_train": 20000, "ch12_mt_val": 1000, "ch12_mt_test": 1000, "ch12_mt_d_model": 128, "ch12_mt_heads": 4,
+            "ch12_mt_layers": 3, "ch12_mt_d_ff": 512, "ch12_mt_steps": 3000, "ch12_mt_batch_size": 128, "ch12_mt_lr": 1e-3,
+            "ch12_beam_size": 5, "ch12_errors_shown": 8, "ch12_metric_cases": 100,
         },
     ),
 }

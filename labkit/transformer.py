@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labkit.attention import MultiHeadAttention, _check_float_tensor, _positive_int, _probability
+from labkit.attention import KVCache, MultiHeadAttention, _check_float_tensor, _positive_int, _probability
 from labkit.layers import (
     ACTIVATIONS,
     FeedForward,
@@ -189,7 +189,12 @@ class _ResidualLayer(nn.Module):
             self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
             self.dropout3 = nn.Dropout(dropout)
 
-    def _self_attention(self, x, mask, key_padding_mask, is_causal, need_weights=False):
+    def _self_attention(self, x, mask, key_padding_mask, is_causal, need_weights=False, kv_cache=None, layer_index=0):
+        if kv_cache is not None:  # generation: attend over the cached tokens too (mask already offset)
+            if need_weights:
+                raise ValueError("need_weights is not supported together with kv_cache")
+            out = self.self_attn.cached_self_attention(x, kv_cache, layer_index, mask, key_padding_mask)
+            return self.dropout1(out), None
         out, weights = self.self_attn(
             x, x, x, key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=mask,
             average_attn_weights=False, is_causal=is_causal,
@@ -243,18 +248,24 @@ class EncoderLayer(_ResidualLayer):
         src_key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
+        kv_cache: KVCache | None = None,
+        layer_index: int = 0,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, T, d_model) -> same shape; with ``need_weights`` also the per-head weights (B, H, T, T).
-        ``is_causal`` without ``src_mask`` applies the causal mask."""
+        ``is_causal`` without ``src_mask`` applies the causal mask. With ``kv_cache`` the self-attention reads
+        and extends the cache at ``layer_index``: ``src_mask`` (T, S) and ``src_key_padding_mask`` (B, S) then
+        cover the S cached + new keys (see :meth:`MultiHeadAttention.cached_self_attention`)."""
         _check_sequence("x", x, self.d_model)
+        cache = {"kv_cache": kv_cache, "layer_index": layer_index}
         if self.norm_first:
             attended, weights = self._self_attention(
-                self.norm1(x), src_mask, src_key_padding_mask, is_causal, need_weights
+                self.norm1(x), src_mask, src_key_padding_mask, is_causal, need_weights, **cache
             )
             x = x + attended
             x = x + self.dropout2(self.ffn(self.norm2(x)))
         else:
-            attended, weights = self._self_attention(x, src_mask, src_key_padding_mask, is_causal, need_weights)
+            attended, weights = self._self_attention(x, src_mask, src_key_padding_mask, is_causal, need_weights,
+                                                     **cache)
             x = self.norm1(x + attended)
             x = self.norm2(x + self.dropout2(self.ffn(x)))
         return (x, weights) if need_weights else x
@@ -341,11 +352,14 @@ class Encoder(_Stack):
         key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
+        kv_cache: KVCache | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """With ``need_weights`` also the list of per-layer attention weights, each (B, H, T, T)."""
+        """With ``need_weights`` also the list of per-layer attention weights, each (B, H, T, T). With
+        ``kv_cache`` layer i reads and extends the cache's layer i (masks then span the cached keys too)."""
         maps = []
-        for layer in self.layers:
-            out = layer(x, mask, key_padding_mask, is_causal=is_causal, need_weights=need_weights)
+        for index, layer in enumerate(self.layers):
+            extra = {} if kv_cache is None else {"kv_cache": kv_cache, "layer_index": index}
+            out = layer(x, mask, key_padding_mask, is_causal=is_causal, need_weights=need_weights, **extra)
             if need_weights:
                 out, weights = out
                 maps.append(weights)
@@ -392,14 +406,28 @@ class InputEmbedding(nn.Module):
             self.positions = SinusoidalPositionalEncoding(config.d_model, config.max_len)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, idx: Tensor) -> Tensor:
+    def forward(self, idx: Tensor, positions: Tensor | None = None) -> Tensor:
+        """``positions`` (B, T) int: the position of every token (default 0..T-1 in every row); generation with
+        padding or a KV cache passes them, since a token's position is then not its column."""
         if not isinstance(idx, Tensor):
             raise TypeError(f"token ids must be a torch.Tensor, got {type(idx).__name__}")
         if idx.dim() != 2:
             raise ValueError(f"token ids must have shape (B, T), got {tuple(idx.shape)}")
         if idx.size(1) > self.max_len:
             raise ValueError(f"sequence length {idx.size(1)} exceeds max_len {self.max_len}")
-        return self.dropout(self.positions(self.tokens(idx)))
+        if positions is None:
+            return self.dropout(self.positions(self.tokens(idx)))
+        if not isinstance(positions, Tensor) or positions.shape != idx.shape or positions.is_floating_point():
+            got = f"{getattr(positions, 'dtype', type(positions).__name__)} {tuple(getattr(positions, 'shape', ()))}"
+            raise ValueError(f"positions must be an integer tensor of the shape of idx {tuple(idx.shape)}, got {got}")
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.max_len):
+            raise ValueError(f"positions must be in [0, {self.max_len}), got values in "
+                             f"[{int(positions.min())}, {int(positions.max())}]")
+        if isinstance(self.positions, LearnedPositionalEmbedding):
+            x = self.tokens(idx) + self.positions.weight[positions]
+        else:
+            x = self.positions.dropout(self.tokens(idx) + self.positions.table[positions].to(self.tokens.weight.dtype))
+        return self.dropout(x)
 
 
 def init_weights(model: nn.Module, n_layers: int) -> None:
@@ -441,13 +469,65 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.tokens.weight
 
-    def forward(self, idx: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Logits (B, T, vocab); with ``return_attention`` also one (B, H, T, T) weight tensor per layer."""
-        out = self.blocks(self.embed(idx), is_causal=True, need_weights=return_attention)
+    def forward(
+        self,
+        idx: Tensor,
+        return_attention: bool = False,
+        *,
+        padding_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Logits (B, T, vocab); with ``return_attention`` also one (B, H, T, T) weight tensor per layer.
+
+        For generation (see :mod:`labkit.generate`): ``kv_cache`` holds the keys and values of the S_past tokens
+        seen so far and receives those of ``idx``; ``padding_mask`` (B, S_past + T) bool marks pad slots (True),
+        which no query attends to; ``positions`` (B, T) are the tokens' positions, by default counted over the
+        non-pad slots (``cumsum(~padding_mask) - 1``), else ``S_past + 0..T-1``.
+        """
+        if kv_cache is None and padding_mask is None and positions is None:
+            out = self.blocks(self.embed(idx), is_causal=True, need_weights=return_attention)
+        else:
+            out = self._generation_forward(idx, return_attention, padding_mask, positions, kv_cache)
         if return_attention:
             hidden, maps = out
             return self.lm_head(hidden), maps
         return self.lm_head(out)
+
+    def _generation_forward(self, idx, return_attention, padding_mask, positions, kv_cache):
+        if not isinstance(idx, Tensor) or idx.dim() != 2:
+            raise ValueError(f"token ids must have shape (B, T), got {tuple(getattr(idx, 'shape', ()))}")
+        batch, length = idx.shape
+        past = 0
+        if kv_cache is not None:
+            if not isinstance(kv_cache, KVCache):
+                raise TypeError(f"kv_cache must be a labkit.attention.KVCache, got {type(kv_cache).__name__}")
+            if return_attention:
+                raise ValueError("return_attention is not supported together with kv_cache")
+            if kv_cache.keys.size(1) != batch:
+                raise ValueError(
+                    f"kv_cache was made for batch size {kv_cache.keys.size(1)}, got idx {tuple(idx.shape)}"
+                )
+            past = kv_cache.length
+        total = past + length
+        if padding_mask is not None:
+            if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool:
+                got = getattr(padding_mask, "dtype", type(padding_mask).__name__)
+                raise TypeError(f"padding_mask must be a bool tensor (True = pad), got {got}")
+            if tuple(padding_mask.shape) != (batch, total):
+                raise ValueError(f"padding_mask must have shape (B, S_past + T) = {(batch, total)}, "
+                                 f"got {tuple(padding_mask.shape)}")
+        if positions is None:
+            if padding_mask is None:
+                positions = torch.arange(past, total, device=idx.device).expand(batch, length)
+            else:
+                positions = ((~padding_mask).long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]
+        hidden = self.embed(idx, positions)
+        if kv_cache is None:
+            return self.blocks(hidden, key_padding_mask=padding_mask, is_causal=True, need_weights=return_attention)
+        slots = torch.arange(total, device=idx.device)
+        not_allowed = slots[None, :] > (past + torch.arange(length, device=idx.device))[:, None]  # (T, S), causal
+        return self.blocks(hidden, not_allowed, padding_mask, kv_cache=kv_cache)
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy; targets (B, T) are usually idx shifted by one (-100 = ignored)."""
