@@ -118,6 +118,13 @@ PROFILES: dict[str, Profile] = {
             "ch9_seeds": 1, "ch9_temperature": 4.0, "ch9_alpha": 0.1, "ch9_hidden_weight": 1.0,
             "ch9_sweep_temperatures": (1.0, 4.0), "ch9_sweep_alphas": (0.5,), "ch9_lm_steps": 10,
             # chapter 10, choosing a compression
+            "ch10_ft_steps": 4, "ch10_ft_lr": 1e-3, "ch10_ft_batch": 16, "ch10_sparsity": 0.5, "ch10_ffn_amount": 0.5,
+            "ch10_head_amount": 0.5, "ch10_group_size": 16, "ch10_student_d_model": 8, "ch10_student_layers": 1,
+            "ch10_student_d_ff": 16, "ch10_student_heads": 2, "ch10_student_steps": 6, "ch10_temperature": 2.0,
+            "ch10_alpha": 0.5, "ch10_bench_batch": 16, "ch10_bench_repeats": 2, "ch10_overfit_sizes": (16, 0),
+            "ch10_overfit_decays": (0.0,), "ch10_overfit_steps": 4, "ch10_hard_sparsity": 0.8, "ch10_recovery_steps": 6,
+            "ch10_calib_sizes": (1, 8), "ch10_qat_steps": 4, "ch10_qat_lr": 3e-4, "ch10_gen_sparsities": (0.5, 0.9),
+            "ch10_gen_eval_batches": 1,
             # chapter 11, inference optimization
             "ch11_bench_prompt": 8, "ch11_bench_new_tokens": 24, "ch11_bench_repeats": 1,
             "ch11_compile_backend": "eager", "ch11_new_tokens": 12, "ch11_batch_sizes": (1, 4, 16),
@@ -125,7 +132,7 @@ PROFILES: dict[str, Profile] = {
             "ch11_repeats": 1,
             # chapter 12, applications and evaluation
             "ch12_mt_train": 300, "ch12_mt_val": 40, "ch12_mt_test": 40, "ch12_mt_d_model": 32, "ch12_mt_heads": 2,
-            "ch12_mt_layers": 1, "ch12_mt_d_ff": 64, "ch12_mt_steps": 40, "ch12_mt_batch_size": 32, "ch12_mt_lr": 5e-3,
+            "ch12_mt_layers": 1, "ch12_mt_d_ff": 64, "ch12_mt_steps": 40, "ch12_mt_batch_size": 32, "ch12_mt_lr": 2e-3,
             "ch12_beam_size": 3, "ch12_errors_shown": 3, "ch12_metric_cases": 15,
         },
     ),
@@ -185,6 +192,13 @@ PROFILES: dict[str, Profile] = {
             "ch9_seeds": 3, "ch9_temperature": 1.0, "ch9_alpha": 0.0, "ch9_hidden_weight": 1.0,
             "ch9_sweep_temperatures": (1.0, 2.0, 4.0, 8.0), "ch9_sweep_alphas": (0.0, 0.5), "ch9_lm_steps": 150,
             # chapter 10, choosing a compression
+            "ch10_ft_steps": 40, "ch10_ft_lr": 5e-4, "ch10_ft_batch": 32, "ch10_sparsity": 0.5, "ch10_ffn_amount": 0.5,
+            "ch10_head_amount": 0.5, "ch10_group_size": 32, "ch10_student_d_model": 64, "ch10_student_layers": 1,
+            "ch10_student_d_ff": 256, "ch10_student_heads": 4, "ch10_student_steps": 200, "ch10_temperature": 2.0,
+            "ch10_alpha": 0.5, "ch10_bench_batch": 64, "ch10_bench_repeats": 7, "ch10_overfit_sizes": (32, 256, 0),
+            "ch10_overfit_decays": (0.0, 0.3), "ch10_overfit_steps": 60, "ch10_hard_sparsity": 0.8,
+            "ch10_recovery_steps": 80, "ch10_calib_sizes": (1, 4, 16, 64, 256), "ch10_qat_steps": 40, "ch10_qat_lr": 3e-4,
+            "ch10_gen_sparsities": (0.3, 0.5, 0.7, 0.9), "ch10_gen_eval_batches": 4,
             # chapter 11, inference optimization
             "ch11_bench_prompt": 128, "ch11_bench_new_tokens": 256, "ch11_bench_repeats": 3,
             "ch11_compile_backend": "inductor", "ch11_new_tokens": 64, "ch11_batch_sizes": (1, 2, 4, 8, 16, 32, 64),
@@ -192,7 +206,7 @@ PROFILES: dict[str, Profile] = {
             "ch11_recompute_lens": (32, 64, 128, 256), "ch11_repeats": 3,
             # chapter 12, applications and evaluation
             "ch12_mt_train": 4000, "ch12_mt_val": 300, "ch12_mt_test": 300, "ch12_mt_d_model": 64, "ch12_mt_heads": 4,
-            "ch12_mt_layers": 2, "ch12_mt_d_ff": 256, "ch12_mt_steps": 500, "ch12_mt_batch_size": 64, "ch12_mt_lr": 3e-3,
+            "ch12_mt_layers": 2, "ch12_mt_d_ff": 256, "ch12_mt_steps": 300, "ch12_mt_batch_size": 64, "ch12_mt_lr": 1e-3,
             "ch12_beam_size": 4, "ch12_errors_shown": 5, "ch12_metric_cases": 60,
         },
     ),
@@ -254,6 +268,13 @@ PROFILES: dict[str, Profile] = {
             "ch9_seeds": 3, "ch9_temperature": 4.0, "ch9_alpha": 0.1, "ch9_hidden_weight": 1.0,
             "ch9_sweep_temperatures": (1.0, 2.0, 4.0, 8.0), "ch9_sweep_alphas": (0.0, 0.5, 0.9), "ch9_lm_steps": 1500,
             # chapter 10, choosing a compression
+            "ch10_ft_steps": 200, "ch10_ft_lr": 3e-4, "ch10_ft_batch": 64, "ch10_sparsity": 0.5, "ch10_ffn_amount": 0.5,
+            "ch10_head_amount": 0.5, "ch10_group_size": 128, "ch10_student_d_model": 192, "ch10_student_layers": 2,
+            "ch10_student_d_ff": 768, "ch10_student_heads": 6, "ch10_student_steps": 1500, "ch10_temperature": 2.0,
+            "ch10_alpha": 0.5, "ch10_bench_batch": 256, "ch10_bench_repeats": 15, "ch10_overfit_sizes": (64, 512, 0),
+            "ch10_overfit_decays": (0.0, 0.3), "ch10_overfit_steps": 300, "ch10_hard_sparsity": 0.8,
+            "ch10_recovery_steps": 300, "ch10_calib_sizes": (1, 4, 16, 64, 256, 1024), "ch10_qat_steps": 200,
+            "ch10_qat_lr": 1e-4, "ch10_gen_sparsities": (0.3, 0.5, 0.7, 0.9), "ch10_gen_eval_batches": 8,
             # chapter 11, inference optimization
             "ch11_bench_prompt": 128, "ch11_bench_new_tokens": 256, "ch11_bench_repeats": 5,
             "ch11_compile_backend": "inductor", "ch11_new_tokens": 128, "ch11_batch_sizes": (1, 4, 16, 64, 256, 1024),
@@ -261,7 +282,7 @@ PROFILES: dict[str, Profile] = {
             "ch11_recompute_lens": (64, 128, 256, 512), "ch11_repeats": 10,
             # chapter 12, applications and evaluation
             "ch12_mt_train": 20000, "ch12_mt_val": 1000, "ch12_mt_test": 1000, "ch12_mt_d_model": 128, "ch12_mt_heads": 4,
-            "ch12_mt_layers": 3, "ch12_mt_d_ff": 512, "ch12_mt_steps": 3000, "ch12_mt_batch_size": 128, "ch12_mt_lr": 1e-3,
+            "ch12_mt_layers": 3, "ch12_mt_d_ff": 512, "ch12_mt_steps": 3000, "ch12_mt_batch_size": 128, "ch12_mt_lr": 5e-4,
             "ch12_beam_size": 5, "ch12_errors_shown": 8, "ch12_metric_cases": 100,
         },
     ),
