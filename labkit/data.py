@@ -887,3 +887,241 @@ def classification_dataset(
     ids_tensor = torch.tensor(rows, dtype=torch.long).reshape(len(rows), seq_len)
     padding_mask = torch.arange(seq_len)[None, :] >= torch.tensor(lengths, dtype=torch.long)[:, None]
     return ids_tensor, padding_mask.reshape(len(rows), seq_len), torch.tensor(targets, dtype=torch.long), kept
+
+
+# ----------------------------------------------------------------------------------------------------------
+# an offline translation task: number words, English -> German
+# ----------------------------------------------------------------------------------------------------------
+
+_EN_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+            "sixteen seventeen eighteen nineteen").split()
+_EN_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_DE_ONES = ("null ein zwei drei vier fünf sechs sieben acht neun zehn elf zwölf dreizehn vierzehn fünfzehn "
+            "sechzehn siebzehn achtzehn neunzehn").split()
+_DE_TENS = "_ _ zwanzig dreißig vierzig fünfzig sechzig siebzig achtzig neunzig".split()
+MAX_NUMBER = 999_999
+TRANSLATION_SPECIALS = ("<pad>", "<bos>", "<eos>")
+
+
+def _check_number(n: Any) -> int:
+    return _check_int("n", n, minimum=0, maximum=MAX_NUMBER)
+
+
+def _english_below_1000(n: int) -> list[str]:
+    words = []
+    if n >= 100:
+        words += [_EN_ONES[n // 100], "hundred"]
+        n %= 100
+    if n >= 20:
+        words.append(_EN_TENS[n // 10])
+        n %= 10
+    if n:
+        words.append(_EN_ONES[n])
+    return words
+
+
+def number_to_english(n: int) -> str:
+    """English number words, space-separated and without "and": 342015 -> "three hundred forty two thousand
+    fifteen"; 0 -> "zero". Defined for 0 <= n <= 999,999."""
+    n = _check_number(n)
+    if n == 0:
+        return "zero"
+    thousands, rest = divmod(n, 1000)
+    words = _english_below_1000(thousands) + ["thousand"] if thousands else []
+    return " ".join(words + _english_below_1000(rest))
+
+
+def _german_below_1000(n: int, final: bool) -> list[str]:
+    """German number words of 1..999 as separate pieces; a unit 1 is "ein" inside a compound and "eins" when
+    it ends the number (``final``); units come before tens, joined by "und" (zwei und vierzig = 42)."""
+    words = []
+    if n >= 100:
+        words += [_DE_ONES[n // 100], "hundert"]
+        n %= 100
+    if n >= 20 and n % 10:
+        words += [_DE_ONES[n % 10], "und", _DE_TENS[n // 10]]
+    elif n >= 20:
+        words.append(_DE_TENS[n // 10])
+    elif n == 1 and final:
+        words.append("eins")
+    elif n:
+        words.append(_DE_ONES[n])
+    return words
+
+
+def number_to_german(n: int) -> str:
+    """German number words, one piece per morpheme of the written compound: 342015 -> "drei hundert zwei und
+    vierzig tausend fünfzehn" (German writes "dreihundertzweiundvierzigtausendfünfzehn"). The units-before-tens
+    order ("zwei und vierzig", two and forty) makes the alignment with English non-monotonic."""
+    n = _check_number(n)
+    if n == 0:
+        return "null"
+    thousands, rest = divmod(n, 1000)
+    words = _german_below_1000(thousands, final=False) + ["tausend"] if thousands else []
+    return " ".join(words + _german_below_1000(rest, final=True))
+
+
+class WordTokenizer(_Tokenizer):
+    """Whitespace-separated words as tokens: ``words[i]`` has id ``i``, then the special tokens. ``decode``
+    joins words with single spaces (a special token is rendered as its own word)."""
+
+    kind = "word"
+
+    def __init__(self, words: Sequence[str], special_tokens: Sequence[str] = TRANSLATION_SPECIALS):
+        super().__init__(special_tokens)
+        words = list(words)
+        if not all(isinstance(w, str) and w and not any(c.isspace() for c in w) for w in words):
+            raise ValueError("words must be non-empty strings without whitespace")
+        if len(set(words)) != len(words):
+            raise ValueError("words must be distinct")
+        self.words: tuple[str, ...] = tuple(words)
+        self._ids = {w: i for i, w in enumerate(words)}
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], special_tokens: Sequence[str] = TRANSLATION_SPECIALS) -> "WordTokenizer":
+        """A vocabulary of every whitespace-separated word in ``texts``, sorted."""
+        return cls(sorted({w for text in _texts(texts, "texts") for w in text.split()}), special_tokens)
+
+    @property
+    def n_base(self) -> int:
+        return len(self.words)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.special_ids.get("<bos>")
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_ids.get("<eos>")
+
+    def _encode_text(self, text: str) -> list[int]:
+        ids = []
+        for word in text.split():
+            if word not in self._ids:
+                raise ValueError(f"word {word!r} is not in the vocabulary of {len(self.words)} words")
+            ids.append(self._ids[word])
+        return ids
+
+    def _decode_base(self, ids: list[int]) -> str:
+        return " ".join(self.words[i] for i in ids)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """The words (and special tokens) of ``ids`` joined by single spaces."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() > 1:
+                raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        return " ".join(_Tokenizer.decode(self, [i]) for i in ids)
+
+    def _state(self) -> dict[str, Any]:
+        return {"words": list(self.words)}
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> "WordTokenizer":
+        return cls(state["words"], special_tokens=state["special_tokens"])
+
+
+_TOKENIZER_KINDS[WordTokenizer.kind] = WordTokenizer
+
+
+@dataclass
+class TranslationTask:
+    """English number words -> German number words, split by number into train, validation and test.
+
+    ``*_pairs`` are ``(source, target)`` strings and ``*_numbers`` the numbers they spell; no number is in two
+    splits. One :class:`WordTokenizer` covers both languages (with ``<pad>``, ``<bos>``, ``<eos>``), as an
+    encoder-decoder with shared embeddings needs. ``key`` describes the task for checkpoint names."""
+
+    train_pairs: list[tuple[str, str]]
+    val_pairs: list[tuple[str, str]]
+    test_pairs: list[tuple[str, str]]
+    train_numbers: list[int]
+    val_numbers: list[int]
+    test_numbers: list[int]
+    tokenizer: WordTokenizer
+    key: dict[str, Any]
+
+    def pairs(self, split: str) -> list[tuple[str, str]]:
+        """The ``(source, target)`` pairs of ``"train"``, ``"val"`` or ``"test"``."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        return getattr(self, f"{split}_pairs")
+
+    @property
+    def max_source_len(self) -> int:
+        return max(len(s.split()) for s, _ in self.train_pairs + self.val_pairs + self.test_pairs)
+
+    @property
+    def max_target_len(self) -> int:
+        return max(len(t.split()) for _, t in self.train_pairs + self.val_pairs + self.test_pairs)
+
+
+def translation_task(n_train: int = 4000, n_val: int = 500, n_test: int = 500, max_number: int = MAX_NUMBER,
+                     seed: int = 0) -> TranslationTask:
+    """Distinct numbers in 1..``max_number``, spelled in English (source) and German (target), split
+    ``n_train``/``n_val``/``n_test``. A number's digit count is drawn uniformly first, then the number
+    uniformly among those with that many digits, so short and long numbers are both common (uniform
+    sampling would make nearly all six digits long). Deterministic given ``seed``; no number is repeated."""
+    n_train = _check_int("n_train", n_train, minimum=1)
+    n_val = _check_int("n_val", n_val, minimum=1)
+    n_test = _check_int("n_test", n_test, minimum=1)
+    max_number = _check_int("max_number", max_number, minimum=3, maximum=MAX_NUMBER)
+    seed = _check_int("seed", seed)
+    total = n_train + n_val + n_test
+    if total > max_number:
+        raise ValueError(f"n_train + n_val + n_test = {total} distinct numbers do not fit in 1..{max_number}")
+    rng = random.Random(seed)
+    n_digits = len(str(max_number))
+    chosen: dict[int, None] = {}  # insertion-ordered set
+    while len(chosen) < total:
+        digits = rng.randint(1, n_digits)
+        low, high = 10 ** (digits - 1), min(10**digits - 1, max_number)
+        chosen.setdefault(rng.randint(low, high), None)
+    numbers = list(chosen)
+    rng.shuffle(numbers)
+    splits = numbers[:n_train], numbers[n_train:n_train + n_val], numbers[n_train + n_val:]
+    pairs = [[(number_to_english(n), number_to_german(n)) for n in split] for split in splits]
+    spelled = range(0, 1001)  # every word of either language occurs in the numbers up to 1000
+    tokenizer = WordTokenizer.fit([number_to_english(n) for n in spelled] + [number_to_german(n) for n in spelled])
+    key = {"task": "number words en-de", "n_train": n_train, "n_val": n_val, "n_test": n_test,
+           "max_number": max_number, "seed": seed, "vocab": tokenizer.vocab_size}
+    return TranslationTask(*pairs, *map(list, splits), tokenizer, key)
+
+
+def translation_tensors(pairs: Sequence[tuple[str, str]], tokenizer: WordTokenizer, source_len: int | None = None,
+                        target_len: int | None = None) -> dict[str, torch.Tensor]:
+    """Padded id tensors for an encoder-decoder (teacher forcing):
+
+    ``src`` (N, S) source ids, ``src_padding`` (N, S) bool (True = pad); ``tgt_in`` (N, T) = ``<bos> y_1 .. y_m``
+    and ``tgt_out`` (N, T) = ``y_1 .. y_m <eos>`` (the next token at each position), ``tgt_padding`` (N, T).
+    ``S``/``T`` default to the longest source / target + 1; a longer sentence raises ValueError."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs:
+        raise ValueError("pairs must be a non-empty list of (source, target) strings")
+    if not isinstance(tokenizer, WordTokenizer) or None in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id):
+        raise TypeError("tokenizer must be a WordTokenizer with <pad>, <bos> and <eos>")
+    sources, targets = [], []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise ValueError(f"pairs[{i}] must be a (source, target) pair of strings, got {pair!r}")
+        sources.append(tokenizer.encode(pair[0]))
+        targets.append(tokenizer.encode(pair[1]))
+    longest_source, longest_target = max(map(len, sources)), max(map(len, targets)) + 1
+    source_len = longest_source if source_len is None else _check_int("source_len", source_len, minimum=1)
+    target_len = longest_target if target_len is None else _check_int("target_len", target_len, minimum=2)
+    if longest_source > source_len or longest_target > target_len:
+        raise ValueError(f"a pair is longer than source_len={source_len} / target_len={target_len} "
+                         f"(longest: {longest_source} source tokens, {longest_target - 1} target tokens + 1)")
+    pad, bos, eos = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+
+    def padded(rows: list[list[int]], length: int) -> torch.Tensor:
+        return torch.tensor([row + [pad] * (length - len(row)) for row in rows], dtype=torch.long)
+
+    src = padded(sources, source_len)
+    tgt_in = padded([[bos] + t for t in targets], target_len)
+    tgt_out = padded([t + [eos] for t in targets], target_len)
+    return {"src": src, "src_padding": src == pad, "tgt_in": tgt_in, "tgt_out": tgt_out,
+            "tgt_padding": tgt_out == pad}
+
+
+__all__ += ["MAX_NUMBER", "TRANSLATION_SPECIALS", "number_to_english", "number_to_german", "WordTokenizer",
+            "TranslationTask", "translation_task", "translation_tensors"]

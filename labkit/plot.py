@@ -177,3 +177,93 @@ def plot_comparisons(comparisons: Sequence[Any], x: str, ax: Any = None, *, titl
     _label(ax, title if title is not None else rows[0].get("name", "").split("[")[0], xlabel or x, ylabel)
     ax.legend()
     return ax
+
+
+__all__.append("LivePlot")
+
+
+class LivePlot:
+    """A figure redrawn in place while something runs (a training loop), in a notebook or not.
+
+    ``live = LivePlot({"loss": ("Training loss", "step", "loss (nats)"), ...})`` makes one panel per entry;
+    ``live.add("loss", "train", step, value)`` appends a point to a named line of a panel; ``live.refresh()``
+    redraws at most every ``min_interval_s`` seconds (``force=True``: now); ``live.close()`` draws the final
+    state and closes the figure, so the notebook shows it once. In IPython the figure is shown through a display
+    handle and updated in place; elsewhere the points are only collected (``live.data``).
+    """
+
+    def __init__(self, panels: Mapping[str, tuple[str, str, str]], *, min_interval_s: float = 0.5,
+                 log_y: Sequence[str] = (), figsize: tuple[float, float] | None = None):
+        import time
+
+        if not isinstance(panels, Mapping) or not panels:
+            raise ValueError("panels must be a non-empty dict: name -> (title, xlabel, ylabel)")
+        for name, labels in panels.items():
+            if not (isinstance(labels, tuple) and len(labels) == 3):
+                raise ValueError(f"panels[{name!r}] must be (title, xlabel, ylabel), got {labels!r}")
+        if not isinstance(min_interval_s, (int, float)) or min_interval_s < 0:
+            raise ValueError(f"min_interval_s must be a number >= 0, got {min_interval_s!r}")
+        width, height = STYLE["figure.figsize"]
+        self.figure, axes = figure(1, len(panels), squeeze=False,
+                                   figsize=figsize or (min(width * len(panels) * 0.8, 14.0), height * 0.9))
+        self.axes = dict(zip(panels, axes[0]))
+        for name, (title, xlabel, ylabel) in panels.items():
+            _label(self.axes[name], title, xlabel, ylabel)
+            if name in log_y:
+                self.axes[name].set_yscale("log")
+        self.data: dict[str, dict[str, tuple[list[float], list[float]]]] = {name: {} for name in panels}
+        self._lines: dict[tuple[str, str], Any] = {}
+        self._styles: dict[tuple[str, str], str] = {}
+        self.min_interval_s = float(min_interval_s)
+        self._clock = time.perf_counter
+        self._last = -float("inf")
+        self._handle = self._display_handle()
+
+    def _display_handle(self) -> Any:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return None
+        if get_ipython() is None:
+            return None
+        return display(self.figure, display_id=True)
+
+    def add(self, panel: str, series: str, x: float, y: float, style: str = "-") -> None:
+        """Append the point ``(x, y)`` to line ``series`` of ``panel`` (created with ``style`` on first use)."""
+        if panel not in self.axes:
+            raise ValueError(f"unknown panel {panel!r}: expected one of {sorted(self.axes)}")
+        xs, ys = self.data[panel].setdefault(series, ([], []))
+        xs.append(float(x))
+        ys.append(float(y))
+        self._styles.setdefault((panel, series), style)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Redraw (if ``force`` or ``min_interval_s`` has passed since the last redraw); True when it drew."""
+        now = self._clock()
+        if not force and now - self._last < self.min_interval_s:
+            return False
+        self._last = now
+        for panel, lines in self.data.items():
+            ax = self.axes[panel]
+            for series, (xs, ys) in lines.items():
+                key = (panel, series)
+                if key not in self._lines:
+                    self._lines[key], = ax.plot(xs, ys, self._styles[key], label=series)
+                    ax.legend()
+                else:
+                    self._lines[key].set_data(xs, ys)
+            ax.relim()
+            ax.autoscale_view()
+        if self._handle is not None:
+            self._handle.update(self.figure)
+        return True
+
+    def close(self):
+        """Draw the final state and close the figure (it stays shown where it was displayed); returns it."""
+        import matplotlib.pyplot as plt
+
+        self.refresh(force=True)
+        plt.close(self.figure)
+        return self.figure
+
