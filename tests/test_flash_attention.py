@@ -3,8 +3,6 @@ F.scaled_dot_product_attention and labkit's naive scaled_dot_product_attention."
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -260,13 +258,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_triton_kernel_under_the_interpreter():
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    errors = json.loads(result.stdout.strip().splitlines()[-1])
+def test_triton_kernel_under_the_interpreter(triton_interpreter):
+    errors = json.loads(triton_interpreter(_INTERPRETER_SCRIPT).strip().splitlines()[-1])
     assert len(errors) == 8
     for case, case_errors in errors.items():
         tolerance = 2e-3 if case.startswith("float16") else 1e-4

@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -425,13 +422,9 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_fused_kernel_matches_per_parameter_path_under_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "checked 27" in result.stdout, result.stdout
+def test_fused_kernel_matches_per_parameter_path_under_interpreter(triton_interpreter):
+    stdout = triton_interpreter(_INTERPRETER_SCRIPT)
+    assert "checked 27" in stdout, stdout
 
 
 @pytest.mark.cuda
