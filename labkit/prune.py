@@ -220,6 +220,10 @@ def remove(module: nn.Module, name: str = "weight") -> nn.Module:
     (the zeros stay; the mask is gone), like ``torch.nn.utils.prune.remove``."""
     if not is_pruned(module, name):
         raise ValueError(f"{type(module).__name__}.{name} is not pruned: nothing to remove")
+    # torch makes one parametrized class per module and copy.deepcopy shares it between the copies; removing
+    # deletes the class's property, which would break every other copy. Give this module its own class first.
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return module
 

@@ -461,3 +461,19 @@ def test_semi_structured_linear_matches_dense_on_cuda():
     sparse = prune.to_semi_structured(linear)
     x = torch.randn(64, 256, device="cuda", dtype=torch.float16)
     torch.testing.assert_close(sparse(x), linear(x), rtol=1e-2, atol=1e-2)
+
+
+def test_remove_on_a_deep_copy_leaves_the_original_pruned():
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    prune.magnitude_prune(original, 0.5)
+    x = torch.randn(3, 8)
+    before = original(x)
+    copy_ = copy.deepcopy(original)
+    prune.remove_all(copy_)
+    assert not prune.is_pruned(copy_[0]) and type(copy_[0]) is nn.Linear
+    assert prune.is_pruned(original[0]) and prune.is_pruned(original[2]), "the original keeps its masks"
+    torch.testing.assert_close(original(x), before)
+    torch.testing.assert_close(copy_(x), before)
+    prune.remove_all(original)
+    torch.testing.assert_close(original(x), before)
