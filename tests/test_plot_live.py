@@ -48,7 +48,9 @@ def test_points_become_lines_and_throttling_works():
     assert not plt.fignum_exists(fig.number)  # closed, so a notebook does not show it a second time
 
 
-def test_without_ipython_points_are_only_collected():
+def test_without_ipython_points_are_only_collected(monkeypatch):
+    IPython = pytest.importorskip("IPython")
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)  # another test may have started a shell
     live = plot.LivePlot({"loss": ("Loss", "step", "nats")}, min_interval_s=0)
     assert live._handle is None
     live.add("loss", "train", 1, 2.0)
