@@ -47,8 +47,11 @@ install-dev: torch
 
 # The execution cache is keyed on the notebooks' code by jupyter-cache; this adds labkit/ and the
 # profile to the key: when either changes, the cache is cleared and every notebook re-runs.
+# Modules that only render the book (tables, the classroom tools) are left out of the key.
+RENDER_ONLY := ! -name bookext.py ! -name claims.py ! -name classroom.py
+
 book: install-book
-	@key="$(PROFILE)-$$(cat pyproject.toml $$(find labkit -name '*.py' | LC_ALL=C sort) | $(PY) -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"; \
+	@key="$(PROFILE)-$$(cat pyproject.toml $$(find labkit -name '*.py' $(RENDER_ONLY) | LC_ALL=C sort) | $(PY) -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"; \
 	  if [ "$$(cat _build/.labkit-cache-key 2>/dev/null)" != "$$key" ]; then \
 	    echo "labkit or profile changed ($$key): clearing the execution cache"; \
 	    rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees; \
