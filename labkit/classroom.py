@@ -139,6 +139,25 @@ def repository_url(root: str | Path | None = None) -> str:
     return url.rstrip("/")
 
 
+def book_pages(root: str | Path | None = None) -> list[str]:
+    """The pages ``_toc.yml`` puts on the book, in reading order: its root first, then every ``file`` of
+    every part (sections included), as written there (``notebooks/01_transformer``, ``book/intro``)."""
+    import yaml
+
+    toc = yaml.safe_load((repository_root(root) / "_toc.yml").read_text(encoding="utf-8")) or {}
+    pages = [toc["root"]] if "root" in toc else []
+
+    def walk(entries: Any) -> None:
+        for entry in entries or []:
+            if "file" in entry:
+                pages.append(entry["file"])
+            walk(entry.get("sections"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    return pages
+
+
 def install_block(url: str) -> str:
     """The lines that open every notebook's first code cell: install labkit from ``url`` when it is missing."""
     if not isinstance(url, str) or not re.match(r"^https?://\S+$", url):

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labkit import classroom
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = os.environ.get("LABKIT_BOOK_HTML")
 if not SITE:
@@ -40,22 +42,7 @@ ALLOWED_EXTERNAL = ("https://cdnjs.cloudflare.com/ajax/libs/require.js/",
 TRACEBACK = "Traceback (most recent call last)"
 
 
-def _toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    return files
-
-
-PAGES = _toc_files()
+PAGES = classroom.book_pages(ROOT)
 CHAPTERS = [f for f in PAGES if f.startswith("notebooks/")]
 
 

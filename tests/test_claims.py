@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from labkit import bench, claims
+from labkit import bench, claims, classroom
 from labkit.claims import Claim, Measurement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,24 +44,8 @@ def test_every_benchmark_of_the_registry_is_in_a_results_file():
                 assert any(v is not None for v in values), f"{m.benchmark} / {m.field} in no results file"
 
 
-def _toc_chapters() -> set[str]:
-    """The notebook stems that _toc.yml puts on the book (``notebooks/07_quantization`` -> ``07_quantization``)."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = []
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    return {Path(f).stem for f in files if f.startswith("notebooks/")}
-
-
 def test_every_chapter_on_the_book_has_a_claim():
-    chapters = _toc_chapters()
+    chapters = {Path(p).stem for p in classroom.book_pages(ROOT) if p.startswith("notebooks/")}
     assert "01_transformer" in chapters, "no chapter notebooks found in _toc.yml"
     missing = chapters - {c.chapter for c in claims.CLAIMS}
     assert not missing, f"chapters on the book with no claim in labkit/claims.py: {sorted(missing)}"

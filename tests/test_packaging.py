@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labkit import classroom
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -79,23 +81,8 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^make test\s*$", ci, re.M)
 
 
-def _toc_files(node) -> list[str]:
-    files = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("file", "root"):
-                files.append(value)
-            else:
-                files += _toc_files(value)
-    elif isinstance(node, list):
-        for value in node:
-            files += _toc_files(value)
-    return files
-
-
 def test_toc_lists_existing_files_and_every_notebook():
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    listed = _toc_files(toc)
+    listed = classroom.book_pages(ROOT)
     for entry in listed:
         candidates = [ROOT / f"{entry}{ext}" for ext in (".md", ".ipynb", "")]
         assert any(c.is_file() for c in candidates), f"_toc.yml lists {entry}, which does not exist"
